@@ -1,0 +1,3 @@
+"""Reproduction of CAST: MoCo with saliency-constrained crops and a Grad-CAM attention loss."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,42 @@
+"""Tests of the command-line dispatcher, option helpers and atomic writes."""
+
+import argparse
+import json
+
+import pytest
+
+from cast import cli, io
+from cast.options import add_option
+
+
+def test_overview_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    output = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in output
+
+
+def test_unknown_command_exits_2(capsys):
+    assert cli.main(["no-such-stage"]) == 2
+    assert "unknown command 'no-such-stage'" in capsys.readouterr().err
+
+
+def test_option_accepts_underscores_and_dashes():
+    parser = argparse.ArgumentParser()
+    add_option(parser, "min_areacover", type=float, default=0.2)
+    add_option(parser, "mlp", default=False)
+    assert parser.parse_args(["--min_areacover", "0.3"]).min_areacover == 0.3
+    assert parser.parse_args(["--min-areacover", "0.4"]).min_areacover == 0.4
+    assert parser.parse_args(["--mlp"]).mlp is True
+    assert parser.parse_args(["--no-mlp"]).mlp is False
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "metrics.json"
+    io.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_open(target, "w") as stream:
+            stream.write("partial")
+            raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
