@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     args = build_parser(command).parse_args(argv[1:])
+    args.argv = argv  # kept so that a command can start copies of itself (pretrain under torchrun)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
