@@ -40,3 +40,14 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
             raise RuntimeError("interrupted")
     assert json.loads(target.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_atomic_write_uses_default_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "metrics.json", {})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
