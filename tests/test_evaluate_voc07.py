@@ -185,3 +185,23 @@ def test_too_few_positives_for_folds(tmp_path):
     args = cli.build_parser("linear-eval").parse_args(voc_argv(tmp_path / "VOC2007", tmp_path / "out")[1:])
     with pytest.raises(DataError, match="has 2 positive training images, fewer than cv_folds = 3"):
         evaluate_cli.run(args)
+
+
+def test_voc_root_takes_precedence_over_manifest(tmp_path, small_manifest):
+    # The workflow always passes the evaluation manifest; a VOC folder given in params wins.
+    write_voc(tmp_path / "VOC2007", {"trainval": photos_of("train", 3), "test": photos_of("val", 2)}, {})
+    argv = voc_argv(tmp_path / "VOC2007", tmp_path / "out", "--images", str(SAMPLE_IMAGES), "--manifest", str(small_manifest))
+    assert cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data_source"].startswith("VOC layout")
+    assert metrics["num_classes"] == 3
+
+
+def test_empty_voc_root_means_manifest(tmp_path, small_manifest):
+    argv = [
+        "linear-eval", "--protocol", "voc07", "--backbone", "random", "--arch", "resnet18", "--voc_root", "",
+        "--images", str(SAMPLE_IMAGES), "--manifest", str(small_manifest), "--out_dir", str(tmp_path / "out"),
+        "--image_size", str(IMAGE_SIZE), "--resize_size", str(RESIZE_SIZE), "--workers", "0", "--costs", "1",
+    ]
+    assert cli.main(argv) == 0
+    assert "one-vs-rest" in json.loads((tmp_path / "out" / "metrics.json").read_text())["data_source"]

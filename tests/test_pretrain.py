@@ -98,7 +98,8 @@ def test_two_processes_write_outputs(pairs, tmp_path, method):
     if method == "cast":
         assert 0.0 < metrics["attention_loss"] <= 2.0
     else:
-        assert metrics["attention_loss"] == 0.0
+        assert "attention_loss" not in metrics
+        assert not (out_dir / "plots" / "metrics" / "attention_loss.tsv").exists()
     assert (out_dir / "train.log").read_text().count("epoch 2/2") == 1
 
 
@@ -251,3 +252,17 @@ def test_run_id_ignores_output_settings():
     base = {"lr": 0.1, "epochs": 2, "out_dir": "a", "workers": 2}
     assert ckpt.run_id(base) == ckpt.run_id({**base, "out_dir": "b", "workers": 0})
     assert ckpt.run_id(base) != ckpt.run_id({**base, "lr": 0.2})
+
+
+def test_slurm_endpoint_is_first_node(tmp_path, monkeypatch):
+    from cast.train.distributed import slurm_rendezvous_endpoint
+
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && printf "gpu07\\ngpu08\\n"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    assert slurm_rendezvous_endpoint() == "gpu07:29400"
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    monkeypatch.delenv("SLURM_NODELIST", raising=False)
+    assert slurm_rendezvous_endpoint() == ""

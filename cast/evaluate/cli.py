@@ -161,8 +161,11 @@ def labelled_data(args: argparse.Namespace, train_split: str, val_split: str):
 
 
 def evaluate_voc07(args: argparse.Namespace, config: VOC07Config, backbone: Backbone, context: distributed.Context) -> dict:
+    if args.voc_root == "":
+        args.voc_root = None  # params.yaml writes an empty string for "no VOC folder"
     if args.voc_root is not None and args.manifest is not None:
-        raise ConfigError("pass either --voc_root (VOC2007 layout) or --manifest (one-vs-rest on labelled images), not both.")
+        # The workflow always passes the evaluation manifest; a VOC folder, when given, is the real benchmark.
+        log.info("voc07: using the VOC layout at %s; --manifest %s is not used", args.voc_root, args.manifest)
     if args.voc_root is not None:
         config.train_split = config.train_split or "trainval"
         config.val_split = config.val_split or "test"

@@ -1,7 +1,7 @@
 """The pretraining dataset: usable (image, mask) pairs from the mask-check stage, turned into crop pairs.
 
 Every sample is a deterministic function of (seed, epoch, index, attempt), so
-the data a run sees does not depend on the number of loader workers or on
+the data of a run does not depend on the number of loader workers or on
 where a resumed run restarted.
 """
 

@@ -12,6 +12,7 @@ import datetime
 import logging
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """Where this process stands in the job: rank, world size and its device."""
+    """Position of this process in the job: rank, world size and its device."""
 
     rank: int
     local_rank: int
@@ -137,6 +138,32 @@ def check_port_free(endpoint: str) -> None:
             ) from None
 
 
+SLURM_RENDEZVOUS_PORT = 29400
+
+
+def slurm_rendezvous_endpoint() -> str:
+    """Return ``HOST:PORT`` on the first node of the current SLURM job, or an empty string outside SLURM.
+
+    Every node of a job runs the same command, and each derives the same
+    endpoint from ``SLURM_JOB_NODELIST`` through ``scontrol show hostnames``.
+    """
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return ""
+    try:
+        result = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ConfigError(
+            f"cannot expand SLURM_JOB_NODELIST {nodelist!r} with scontrol ({error}); pass --rdzv_endpoint HOST:PORT"
+        ) from None
+    hosts = result.stdout.split()
+    if not hosts:
+        raise ConfigError(f"scontrol listed no host for SLURM_JOB_NODELIST {nodelist!r}; pass --rdzv_endpoint HOST:PORT")
+    return f"{hosts[0]}:{SLURM_RENDEZVOUS_PORT}"
+
+
 def launch(worker_argv: list[str], nproc_per_node: int, nnodes: int, rdzv_endpoint: str, rdzv_id: str) -> int:
     """Start ``python -m cast <worker_argv>`` as torchrun workers and wait for them.
 
@@ -149,12 +176,18 @@ def launch(worker_argv: list[str], nproc_per_node: int, nnodes: int, rdzv_endpoi
     from torch.distributed.run import parse_args, run
 
     launcher_argv = [f"--nproc_per_node={nproc_per_node}", f"--nnodes={nnodes}", "--max_restarts=0"]
+    if nnodes > 1 and not rdzv_endpoint:
+        rdzv_endpoint = slurm_rendezvous_endpoint()
+        if rdzv_endpoint:
+            rdzv_id = os.environ.get("SLURM_JOB_ID", rdzv_id)
+            logger.info("SLURM job: rendezvous at %s, id %s", rdzv_endpoint, rdzv_id)
     if nnodes == 1 and not rdzv_endpoint:
         launcher_argv.append("--standalone")
     else:
         if not rdzv_endpoint:
             raise ConfigError(
-                f"nnodes is {nnodes}: pass the same --rdzv_endpoint HOST:PORT (a machine of the job) on every node"
+                f"nnodes is {nnodes}: pass the same --rdzv_endpoint HOST:PORT (a machine of the job) on every node, "
+                "or run inside a SLURM allocation, where the first node of the job is used"
             )
         if nnodes == 1:
             check_port_free(rdzv_endpoint)

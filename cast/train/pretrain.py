@@ -288,8 +288,9 @@ class Pretrainer:
             if self.context.is_main:
                 write_history(self.out_dir, self.history)
                 logger.info(
-                    "epoch %d/%d: loss %.4f, contrastive %.4f, attention %.4f, accuracy %.1f%%, lr %.4g, %.1f images/s, %d resampled crops",
-                    done, self.args.epochs, record["loss"], record["contrastive_loss"], record["attention_loss"],
+                    "epoch %d/%d: loss %.4f, contrastive %.4f, attention %s, accuracy %.1f%%, lr %.4g, %.1f images/s, %d resampled crops",
+                    done, self.args.epochs, record["loss"], record["contrastive_loss"],
+                    f"{record['attention_loss']:.4f}" if "attention_loss" in record else "none",
                     record["accuracy"], record["lr"], record["images_per_second"], record["resampled_crops"],
                 )
                 if done % self.args.checkpoint_every == 0 or done == self.args.epochs:
@@ -352,6 +353,8 @@ class Pretrainer:
                 "rank %d, epoch %d: %d crops kept an empty query mask after %d redraws",
                 self.context.rank, epoch + 1, int(counts["empty_query_masks"]), self.args.max_resample,
             )
+        if self.args.method == "moco":
+            del means["attention_loss"]  # not defined for MoCo, so neither plotted nor reported
         return {
             "epoch": epoch + 1,
             **means,

@@ -1,4 +1,4 @@
-"""What a run was made with: code version and library versions, for the log of every run."""
+"""Code and library versions of a run, written to the log at the start of every run."""
 
 from __future__ import annotations
 

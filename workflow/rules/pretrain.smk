@@ -26,8 +26,8 @@ rule pretrain:
         # Launcher that starts `cast pretrain` once per machine, for example
         # `srun --ntasks-per-node=1` (set with --set-resources pretrain:mpi=...).
         # Empty on one machine, where `cast pretrain` starts its workers itself.
-        # NOTE: several machines also need the same --rdzv_endpoint on each,
-        # which params.yaml does not pass yet.
+        # Inside a SLURM allocation `cast pretrain` derives the rendezvous
+        # endpoint from the job's first node; elsewhere set rdzv_endpoint.
         mpi="",
     params:
         split=config["data"]["train_split"],
