@@ -98,17 +98,6 @@ def abort_worker() -> None:
             dist.destroy_process_group()
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over all ranks (identity on one process)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return dict(values)
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist()))
-
-
 def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Sum a dict of floats over all ranks (identity on one process)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -117,6 +106,12 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
     tensor = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of floats over all ranks (identity on one process)."""
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    return {key: total / world_size for key, total in all_reduce_sum(values, device).items()}
 
 
 def check_port_free(endpoint: str) -> None:
