@@ -266,3 +266,22 @@ def test_slurm_endpoint_is_first_node(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_NODELIST")
     monkeypatch.delenv("SLURM_NODELIST", raising=False)
     assert slurm_rendezvous_endpoint() == ""
+
+
+def test_new_pairs_start_a_new_run(pairs, tmp_path, caplog):
+    out_dir = tmp_path / "out"
+    assert cli.main(pretrain_command(pairs, out_dir, "moco", "--epochs", "1")[3:]) == 0
+    changed = tmp_path / "pairs.csv"
+    table = pd.read_csv(pairs["pairs"])
+    table.iloc[:-1].to_csv(changed, index=False)  # as if new masks had rejected one image
+
+    caplog.clear()
+    assert cli.main(pretrain_command({**pairs, "pairs": changed}, out_dir, "moco", "--epochs", "1")[3:]) == 0
+    assert "resumed from" not in caplog.text
+    assert len(list((out_dir / "checkpoints").iterdir())) == 2
+
+
+def test_step_milestones_past_epochs(pairs, tmp_path, caplog):
+    command = pretrain_command(pairs, tmp_path, "moco", "--epochs", "4", "--schedule", "step", "--milestones", "2", "5")
+    assert cli.main(command[3:]) == 1
+    assert "milestones [2, 5] must lie between 1 and epochs - 1 = 3" in caplog.text

@@ -280,6 +280,18 @@ def test_snakemake_rejects_unequal_thresholds(tmp_path):
     assert "masks.threshold (128) and pretrain.mask_threshold (100) differ" in result.stdout + result.stderr
 
 
+def test_snakemake_rejects_milestones_past_epochs(tmp_path):
+    project = make_project(tmp_path / "project")
+    (project / "data").symlink_to(REPO / "data", target_is_directory=True)
+    params = load_params()
+    params["linear"]["epochs"] = 20
+    params["linear"]["milestones"] = [18, 24]
+    write_params(project, params)
+    result = run(project, "snakemake", "--dry-run", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "linear.milestones [18, 24] must lie between 1 and linear.epochs - 1 = 19" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("group", sorted(GROUP_COMMANDS))
 def test_params_group_parses_as_command_options(group):
     """Each group, written as DVC writes it, is accepted by its command and gives back the same values."""

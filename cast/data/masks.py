@@ -129,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
             describe_files(jpeg_masks),
         )
     log.info("check-masks: %d usable pairs, %d rejected %s, pairs in %s", len(accepted), len(rejected), summary["rejected_by_reason"], args.pairs)
+    if rejected:
+        log.warning(
+            "check-masks: %d of %d images cannot be used by CAST: %s. Every reason is in %s.",
+            len(rejected), len(outcomes), describe_files([f"{o.image} ({o.reason})" for o in rejected]), args.rejected,
+        )
     if len(accepted) < args.min_usable_pairs:
         named = describe_files([f"{o.image} ({o.reason})" for o in rejected])
         raise DataError(

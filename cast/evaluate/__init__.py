@@ -1,0 +1,1 @@
+"""Checkpoint conversion and evaluation of frozen backbones: linear classifier, VOC07 SVMs, k-NN."""

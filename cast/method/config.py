@@ -40,8 +40,8 @@ class MethodConfig:
     moco_m: float = _param(0.999, "momentum of the key encoder update, in [0, 1]", minimum=0.0, maximum=1.0)
     moco_t: float = _param(0.07, "softmax temperature of the contrastive logits", exclusive_minimum=0.0)
     mlp: bool = _param(False, "use a two-layer MLP projection head (MoCo v2) instead of a linear one")
-    alpha: float = _param(3.0, "weight of the attention loss in the total loss", minimum=0.0)
-    beta: float = _param(1.0, "weight of the contrastive loss in the total loss", minimum=0.0)
+    alpha: float = _param(3.0, "weight of the attention loss; the total loss is beta/(alpha+beta) * contrastive + alpha/(alpha+beta) * attention", minimum=0.0)
+    beta: float = _param(1.0, "weight of the contrastive loss, normalized together with alpha (see alpha)", minimum=0.0)
     scale: tuple[float, float] = _param((0.2, 1.0), "range of the crop area as a fraction of the image area", interval=(0.0, 1.0))
     ratio: tuple[float, float] = _param((0.75, 1.3333333333), "range of the crop aspect ratio (width / height)", interval=(0.0, math.inf))
     min_areacover: float = _param(

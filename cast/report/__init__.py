@@ -1,0 +1,1 @@
+"""Result tables and figures collected from the metrics of every run."""

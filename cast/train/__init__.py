@@ -1,0 +1,1 @@
+"""Pretraining under torch.distributed: data loading, checkpoints, metrics and the training loop."""

@@ -8,6 +8,7 @@ worker. Rank 0 writes every file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import random
@@ -53,28 +54,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "mask_threshold", type=int, default=128, help="mask values above this are salient; use the value given to check-masks")
 
     trainer = parser.add_argument_group("optimisation")
-    add_option(trainer, "epochs", type=int, default=200, help="training epochs")
-    add_option(trainer, "batch_size", type=int, default=256, help="global batch size, split evenly over all processes")
-    add_option(trainer, "lr", type=float, default=0.5, help="base learning rate of SGD")
-    add_option(trainer, "momentum", type=float, default=0.9, help="SGD momentum")
-    add_option(trainer, "weight_decay", type=float, default=1e-4, help="SGD weight decay")
-    add_option(trainer, "schedule", choices=["cosine", "step"], default="cosine", help="learning-rate schedule over epochs")
-    add_option(trainer, "milestones", type=int, nargs="+", default=[120, 160], help="epochs where the step schedule multiplies the learning rate by 0.1")
-    add_option(trainer, "max_resample", type=int, default=5, help="redraws of a crop pair whose downsampled query mask is empty (CAST)")
+    add_option(trainer, "epochs", type=int, default=200, help="training epochs (default: %(default)s)")
+    add_option(trainer, "batch_size", type=int, default=256, help="global batch size, split evenly over all processes (default: %(default)s)")
+    add_option(trainer, "lr", type=float, default=0.5, help="base learning rate of SGD (default: %(default)s)")
+    add_option(trainer, "momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    add_option(trainer, "weight_decay", type=float, default=1e-4, help="SGD weight decay (default: %(default)s)")
+    add_option(trainer, "schedule", choices=["cosine", "step"], default="cosine", help="learning-rate schedule over epochs (default: %(default)s)")
+    add_option(trainer, "milestones", type=int, nargs="+", default=[120, 160], help="epochs where the step schedule multiplies the learning rate by 0.1 (default: %(default)s)")
+    add_option(trainer, "max_resample", type=int, default=5, help="redraws of a crop pair whose downsampled query mask is empty (CAST) (default: %(default)s)")
 
     system = parser.add_argument_group("processes and devices")
-    add_option(system, "device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available, else CPU")
-    add_option(system, "nproc_per_node", type=int, default=1, help="worker processes per machine (one per GPU, or CPU processes)")
-    add_option(system, "nnodes", type=int, default=1, help="machines in the job")
-    add_option(system, "rdzv_endpoint", default="", help="HOST:PORT of the rendezvous for several machines; empty on one machine picks a free port")
-    add_option(system, "rdzv_id", default="cast-pretrain", help="job id shared by the machines of one run")
-    add_option(system, "dist_timeout_s", type=float, default=1800.0, help="timeout in seconds of process-group start and collectives")
-    add_option(system, "workers", type=int, default=4, help="data-loader worker processes per training process")
-    add_option(system, "amp", default=True, help="bf16 autocast on CUDA (ignored on CPU)")
-    add_option(system, "channels_last", default=True, help="channels-last memory format on CUDA (ignored on CPU)")
-    add_option(system, "deterministic", default=False, help="deterministic algorithms only (slower on GPU)")
-    add_option(system, "checkpoint_every", type=int, default=1, help="write a checkpoint every N epochs (and after the last)")
-    add_option(system, "keep_checkpoints", type=int, default=2, help="checkpoints kept per run; older ones are deleted")
+    add_option(system, "device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available, else CPU (default: %(default)s)")
+    add_option(system, "nproc_per_node", type=int, default=1, help="worker processes per machine (one per GPU, or CPU processes) (default: %(default)s)")
+    add_option(system, "nnodes", type=int, default=1, help="machines in the job (default: %(default)s)")
+    add_option(system, "rdzv_endpoint", default="", help="HOST:PORT of the rendezvous for several machines; empty on one machine picks a free port (default: %(default)s)")
+    add_option(system, "rdzv_id", default="cast-pretrain", help="job id shared by the machines of one run (default: %(default)s)")
+    add_option(system, "dist_timeout_s", type=float, default=1800.0, help="timeout in seconds of process-group start and collectives (default: %(default)s)")
+    add_option(system, "workers", type=int, default=4, help="data-loader worker processes per training process (default: %(default)s)")
+    add_option(system, "amp", default=True, help="bf16 autocast on CUDA (ignored on CPU) (default: %(default)s)")
+    add_option(system, "channels_last", default=True, help="channels-last memory format on CUDA (ignored on CPU) (default: %(default)s)")
+    add_option(system, "deterministic", default=False, help="deterministic algorithms only (slower on GPU) (default: %(default)s)")
+    add_option(system, "checkpoint_every", type=int, default=1, help="write a checkpoint every N epochs (and after the last) (default: %(default)s)")
+    add_option(system, "keep_checkpoints", type=int, default=2, help="checkpoints kept per run; older ones are deleted (default: %(default)s)")
 
     add_method_options(parser.add_argument_group("method"))
 
@@ -96,6 +97,11 @@ def validate(args: argparse.Namespace, world_size: int) -> MethodConfig:
             raise ConfigError(f"{name} must be at least 1, not {getattr(args, name)}")
     if args.workers < 0 or args.max_resample < 0:
         raise ConfigError("workers and max_resample must not be negative")
+    if args.schedule == "step" and not all(0 < milestone < args.epochs for milestone in args.milestones):
+        raise ConfigError(
+            f"milestones {args.milestones} must lie between 1 and epochs - 1 = {args.epochs - 1} "
+            "for the step schedule to lower the learning rate; choose milestones below epochs"
+        )
     if args.batch_size % world_size:
         raise ConfigError(
             f"batch_size {args.batch_size} cannot be split evenly over {world_size} processes; "
@@ -132,6 +138,17 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError(f"pairs file {path} not found; run 'cast check-masks' first") from None
+    return digest.hexdigest()
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, args: argparse.Namespace, epoch: int) -> float:
     """Set the learning rate of this epoch: half-cosine from lr to 0, or x0.1 at each milestone."""
     if args.schedule == "cosine":
@@ -156,6 +173,9 @@ class Pretrainer:
         self.args = args
         self.context = context
         self.params = resolved_parameters(args)
+        # The pairs file changes whenever images or masks change what training reads, so its
+        # checksum is part of the run id: new masks start a new run instead of resuming an old one.
+        self.params["pairs_sha256"] = file_sha256(args.pairs)
         self.config = validate(args, context.world_size)
         self.out_dir = Path(args.out_dir)
         self.run_folder = ckpt.CheckpointFolder(self.out_dir / "checkpoints" / ckpt.run_id(self.params), args.keep_checkpoints)

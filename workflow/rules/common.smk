@@ -192,7 +192,7 @@ def table_files():
 
 
 def check_config():
-    """Raise a clear error for a missing mask folder or unequal mask thresholds, which the schema cannot check."""
+    """Raise a clear error for values the schema cannot check: the mask folder, thresholds and milestones."""
     masks = config["data"]["masks"]
     if Path(masks) != Path(ESTIMATED_MASKS) and not Path(masks).is_dir():
         raise ValueError(
@@ -206,3 +206,13 @@ def check_config():
             f"masks.threshold ({check_threshold}) and pretrain.mask_threshold ({train_threshold}) differ, "
             "so training would binarize the masks differently from the check; set both to the same value."
         )
+    for group in ("pretrain", "linear"):
+        values = config[group]
+        if values["schedule"] == "step" and not all(
+            0 < milestone < values["epochs"] for milestone in values["milestones"]
+        ):
+            raise ValueError(
+                f"{group}.milestones {values['milestones']} must lie between 1 and "
+                f"{group}.epochs - 1 = {values['epochs'] - 1}, or the step schedule never lowers "
+                "the learning rate; lower the milestones together with the epochs."
+            )
