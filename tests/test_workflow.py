@@ -114,7 +114,8 @@ def init_dvc(project: Path) -> None:
     run(project, "git", "init", "-q")
     run(project, "dvc", "init", "-q")
     (project / ".dvc" / "config").write_text(config)
-    (project / ".gitignore").write_text("/results/\n/logs/\n/benchmarks/\n/.snakemake/\n/dvc_plots/\n__pycache__/\n")
+    # The project's own .gitignore lets git version the uncached metrics and plot files.
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-q", "-m", "test project")
 
@@ -567,6 +568,11 @@ def test_dvc_reruns_after_linear_change(dvc_run):
     diff = json.loads(run(dvc_run, "dvc", "metrics", "diff", "--json").stdout)
     assert "results/eval/moco/seed0/linear/metrics.json" in diff
     assert "results/pretrain/moco/seed0/metrics.json" not in diff
+    # Uncached metrics are versioned by git, which the diff above reads for HEAD.
+    tracked = run(dvc_run, "git", "ls-files", "results").stdout.split()
+    assert "results/eval/moco/seed0/linear/metrics.json" in tracked
+    assert "results/pretrain/cast/seed0/plots/metrics/contrastive_loss.tsv" in tracked
+    assert not [path for path in tracked if path.endswith(".pt")]
 
 
 @pytest.mark.slow
