@@ -51,3 +51,18 @@ def test_atomic_write_uses_default_file_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_device_option_values():
+    import torch
+
+    from cast.devices import resolve_device
+    from cast.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="PyTorch sees no CUDA device"):
+            resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="invalid device 'tpu'"):
+        resolve_device("tpu")

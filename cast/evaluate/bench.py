@@ -19,7 +19,8 @@ import torch
 
 from cast.evaluate.backbone import RANDOM_BACKBONE, RESNET_ARCHS, load_backbone
 from cast.evaluate.datasets import manifest_splits, read_manifest
-from cast.evaluate.distributed import Context, resolve_device
+from cast.devices import resolve_device
+from cast.evaluate.distributed import Context
 from cast.evaluate.linear import LinearConfig, run_linear
 from cast.io import write_json
 from cast.options import add_option

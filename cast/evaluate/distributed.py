@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cast.errors import ConfigError
+from cast.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,6 @@ class Context:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(option: str, local_rank: int = 0) -> torch.device:
-    """Turn the ``device`` option (``auto``, ``cpu``, ``cuda`` or ``cuda:N``) into a device.
-
-    ``auto`` and ``cuda`` pick ``cuda:<LOCAL_RANK>`` when CUDA is available.
-    """
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    if option == "cuda":
-        option = f"cuda:{local_rank}"
-    try:
-        device = torch.device(option)
-    except RuntimeError as error:
-        raise ConfigError(f"invalid device {option!r}: use auto, cpu, cuda or cuda:N.") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {option!r} requested, but CUDA is not available. Use --device cpu or auto.")
-    return device
 
 
 def setup(device_option: str) -> Context:

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from cast import io
+from cast.devices import resolve_device
 from cast.errors import DataError
 from cast.imageio import open_mask, open_rgb
 from cast.report.collect import PretrainRun
@@ -125,12 +126,6 @@ def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
     x1 = (width - side) // 2
     y1 = (height - side) // 2
     return x1, y1, x1 + side, y1 + side
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class GradCamModel:

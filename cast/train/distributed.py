@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cast.devices import resolve_device
 from cast.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -43,21 +44,6 @@ def under_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(requested: str, local_rank: int) -> torch.device:
-    """Map ``auto``, ``cpu`` or ``cuda`` to this worker's device."""
-    if requested not in {"auto", "cpu", "cuda"}:
-        raise ConfigError(f"device must be auto, cpu or cuda, not {requested!r}")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device is 'cuda' but PyTorch sees no CUDA device; set device to 'cpu' or 'auto'")
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
 def init_worker(requested_device: str, timeout_s: float) -> WorkerContext:
     """Join the process group (gloo on CPU, NCCL on CUDA) when started by a launcher with world size > 1."""
     rank = int(os.environ.get("RANK", 0))
@@ -65,6 +51,8 @@ def init_worker(requested_device: str, timeout_s: float) -> WorkerContext:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     device = resolve_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
     if device.type == "cpu":
         # Share the cores of this machine between its worker processes.

@@ -27,20 +27,21 @@ STAGE_CODE = {
     "verify": ["cast/data", "cast/imageio.py"],
     "saliency": ["cast/data", "cast/imageio.py"],
     "masks": ["cast/data", "cast/imageio.py"],
-    "pretrain": ["cast/train", "cast/method", "cast/imageio.py"],
+    "pretrain": ["cast/train", "cast/method", "cast/imageio.py", "cast/devices.py"],
     "convert": [
         "cast/evaluate/__init__.py",
         "cast/evaluate/backbone.py",
         "cast/evaluate/convert.py",
         "cast/evaluate/detectron2.py",
     ],
-    "evaluate": ["cast/evaluate", "cast/imageio.py"],
+    "evaluate": ["cast/evaluate", "cast/imageio.py", "cast/devices.py"],
     "tables": [
         "cast/report",
         "cast/method",
         "cast/train/__init__.py",
         "cast/train/checkpoint.py",
         "cast/imageio.py",
+        "cast/devices.py",
     ],
 }
 
