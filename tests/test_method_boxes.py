@@ -90,10 +90,18 @@ def test_box_pairs_satisfy_constraints(second_constraint):
             pairs += 1
             for box, fallback in ((pair.query, pair.query_fallback), (pair.key, pair.key_fallback)):
                 x1, y1, x2, y2 = box
-                assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, box
+                assert 0 <= x1, box
+                assert x1 < x2, box
+                assert x2 <= width, box
+                assert 0 <= y1, box
+                assert y1 < y2, box
+                assert y2 <= height, box
                 if fallback:
                     fallbacks += 1
-                    assert x1 <= bbox[0] and y1 <= bbox[1] and x2 >= bbox[2] and y2 >= bbox[3], (box, bbox)
+                    assert x1 <= bbox[0], (box, bbox)
+                    assert y1 <= bbox[1], (box, bbox)
+                    assert x2 >= bbox[2], (box, bbox)
+                    assert y2 >= bbox[3], (box, bbox)
                     continue
                 assert check_ratio(box, config.ratio), box
                 area_fraction = (x2 - x1) * (y2 - y1) / (width * height)
@@ -117,10 +125,18 @@ def test_fallback_contains_mask_bounding_box():
     rng = np.random.default_rng(2)
     for _ in range(50):
         pair = boxes.sample_box_pair(table, None, None, (160, 120), config, rng)
-        assert pair.query_fallback and pair.key_fallback and pair.fallback
+        assert pair.query_fallback
+        assert pair.key_fallback
+        assert pair.fallback
         for x1, y1, x2, y2 in (pair.query, pair.key):
-            assert x1 <= 3 and y1 <= 2 and x2 >= 157 and y2 >= 117
-            assert 0 <= x1 and 0 <= y1 and x2 <= 160 and y2 <= 120
+            assert x1 <= 3
+            assert y1 <= 2
+            assert x2 >= 157
+            assert y2 >= 117
+            assert 0 <= x1
+            assert 0 <= y1
+            assert x2 <= 160
+            assert y2 <= 120
 
 
 def test_fallback_box_trims_to_ratio_when_possible():
@@ -129,9 +145,13 @@ def test_fallback_box_trims_to_ratio_when_possible():
         uniforms = np.random.default_rng(seed).random(4).tolist()
         box = boxes.fallback_box((100, 40, 120, 60), 400, 100, (0.75, 4 / 3), uniforms)
         x1, y1, x2, y2 = box
-        assert x1 <= 100 and y1 <= 40 and x2 >= 120 and y2 >= 60
+        assert x1 <= 100
+        assert y1 <= 40
+        assert x2 >= 120
+        assert y2 >= 60
         assert (x2 - x1) / (y2 - y1) <= 4 / 3 + 1e-9
-        assert x2 <= 400 and y2 <= 100
+        assert x2 <= 400
+        assert y2 <= 100
 
 
 def test_fallback_box_keeps_wide_mask():
@@ -181,8 +201,10 @@ def test_box_centres_follow_centre_of_mass():
         pair = boxes.sample_box_pair(table, None, None, (400, 300), config, rng)
         centres.append(((pair.query[0] + pair.query[2]) / 2, (pair.query[1] + pair.query[3]) / 2))
     centres = np.array(centres)
-    assert centres[:, 0].mean() < 200 and centres[:, 1].mean() < 150
-    assert centres[:, 0].std() > 60 and centres[:, 1].std() > 45
+    assert centres[:, 0].mean() < 200
+    assert centres[:, 1].mean() < 150
+    assert centres[:, 0].std() > 60
+    assert centres[:, 1].std() > 45
 
 
 def test_truncated_normal_inverse_cdf():
@@ -199,7 +221,12 @@ def test_random_box_inside_image_and_limits():
     for _ in range(500):
         box, fallback = boxes.sample_random_box(640, 480, (0.2, 1.0), ratio, 10, rng)
         x1, y1, x2, y2 = box
-        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+        assert 0 <= x1
+        assert x1 < x2
+        assert x2 <= 640
+        assert 0 <= y1
+        assert y1 < y2
+        assert y2 <= 480
         if not fallback:
             assert check_ratio(box, ratio)
 

@@ -82,7 +82,8 @@ def check_step_with_ddp(rank: int) -> None:
     torch.manual_seed(rank)
     for _ in range(2):  # a second step shows that DDP finished the reduction of the first
         result = training_step(model, batch, optimizer, config, "cast")
-        assert np.isfinite(result["loss"]) and result["attention_loss"] > 0
+        assert np.isfinite(result["loss"])
+        assert result["attention_loss"] > 0
 
     # Different data on each rank: equal parameters afterwards mean the gradients were averaged.
     summary_q = torch.stack([param.detach().double().sum() for param in distributed.unwrap(model.encoder_q).parameters()])
@@ -102,7 +103,8 @@ def worker(rank: int, port: int) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=120)
     )
     try:
-        assert distributed.world_size() == WORLD_SIZE and distributed.rank() == rank
+        assert distributed.world_size() == WORLD_SIZE
+        assert distributed.rank() == rank
         check_shuffle_crosses_processes(rank)
         check_queue_holds_keys_of_both(rank)
         check_step_with_ddp(rank)

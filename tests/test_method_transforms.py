@@ -72,7 +72,8 @@ def test_cast_sample_keys_and_shapes(photo):
         assert sample[name].dtype == torch.float32
     assert sample["query_mask"].shape == gradcam_resolution("resnet18", SIZE, "layer4") == (2, 2)
     assert sample["query_mask"].dtype == torch.float32
-    assert sample["fallback"].dtype == torch.bool and sample["fallback"].dim() == 0
+    assert sample["fallback"].dtype == torch.bool
+    assert sample["fallback"].dim() == 0
 
 
 def test_query_mask_follows_gradcam_layer(photo):
@@ -228,4 +229,7 @@ def test_jitter_factors_within_ranges(voc_photo):
         tensor, _ = transform(pixels, None, np.random.default_rng(seed))
         dark = pixels < 150  # pixels that brightening cannot saturate
         factors.append(tensor.permute(1, 2, 0).numpy()[dark].sum() / pixels[dark].sum())
-    assert 0.59 <= min(factors) < 0.75 and 1.25 < max(factors) <= 1.41
+    assert 0.59 <= min(factors)
+    assert min(factors) < 0.75
+    assert 1.25 < max(factors)
+    assert max(factors) <= 1.41

@@ -224,8 +224,8 @@ def test_params_files_are_valid(path):
 
 
 def test_paper_file_sets_every_key():
-    # Snakemake 9 merges --configfile over params.yaml, so a key missing in the
-    # paper's file would silently keep the default run's value.
+    # Snakemake merges --configfile over params.yaml (seen with snakemake 9.27),
+    # so a key missing in the paper's file would silently keep the default value.
     default, paper = load_params(), load_params(REPO / "params" / "paper.yaml")
     assert set(paper) == set(default)
     for group in default:
@@ -259,38 +259,28 @@ def test_missing_group_is_reported():
     assert "'knn' is a required property" in validation_error(params)
 
 
-def test_snakemake_rejects_unknown_method(tmp_path):
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({("experiment", "methods"): ["moco", "byol"]}, "'byol' is not one of ['moco', 'cast']"),
+        ({("pretrain", "mask_threshold"): 100}, "masks.threshold (128) and pretrain.mask_threshold (100) differ"),
+        (
+            {("linear", "epochs"): 20, ("linear", "milestones"): [18, 24]},
+            "linear.milestones [18, 24] must lie between 1 and linear.epochs - 1 = 19",
+        ),
+    ],
+    ids=["unknown-method", "unequal-thresholds", "milestones-past-epochs"],
+)
+def test_snakemake_rejects_invalid_params(tmp_path, changes, expected):
     project = make_project(tmp_path / "project")
     (project / "data").symlink_to(REPO / "data", target_is_directory=True)
     params = load_params()
-    params["experiment"]["methods"] = ["moco", "byol"]
+    for (group, key), value in changes.items():
+        params[group][key] = value
     write_params(project, params)
     result = run(project, "snakemake", "--dry-run", "--cores", "1", check=False)
     assert result.returncode != 0
-    assert "'byol' is not one of ['moco', 'cast']" in result.stdout + result.stderr
-
-
-def test_snakemake_rejects_unequal_thresholds(tmp_path):
-    project = make_project(tmp_path / "project")
-    (project / "data").symlink_to(REPO / "data", target_is_directory=True)
-    params = load_params()
-    params["pretrain"]["mask_threshold"] = 100
-    write_params(project, params)
-    result = run(project, "snakemake", "--dry-run", "--cores", "1", check=False)
-    assert result.returncode != 0
-    assert "masks.threshold (128) and pretrain.mask_threshold (100) differ" in result.stdout + result.stderr
-
-
-def test_snakemake_rejects_milestones_past_epochs(tmp_path):
-    project = make_project(tmp_path / "project")
-    (project / "data").symlink_to(REPO / "data", target_is_directory=True)
-    params = load_params()
-    params["linear"]["epochs"] = 20
-    params["linear"]["milestones"] = [18, 24]
-    write_params(project, params)
-    result = run(project, "snakemake", "--dry-run", "--cores", "1", check=False)
-    assert result.returncode != 0
-    assert "linear.milestones [18, 24] must lie between 1 and linear.epochs - 1 = 19" in result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("group", sorted(GROUP_COMMANDS))

@@ -1,8 +1,8 @@
 """``cast tables``: result tables in Markdown, CSV and LaTeX, and the report figures.
 
-Every evaluation result of the requested methods and seeds, and of the
-randomly initialised reference backbone (method ``random``), becomes one row
-per method and seed; each method also gets a mean ± standard deviation row
+Every evaluation result of the requested methods and seeds becomes one row
+per method and seed, and so does the randomly initialised reference backbone
+(method ``random``). Each method also gets a mean ± standard deviation row
 over its seeds. Numbers reported elsewhere (``--paper_results``: the CAST
 paper's, with their sources) get a column beside ours wherever they measure
 the same protocol and metric, and a second table lists all of them.
